@@ -1,0 +1,1 @@
+"""Performance benchmarks behind `ssl-toolkit bench`."""

@@ -1,0 +1,123 @@
+"""``ssl-toolkit``: the command-line entry point.
+
+``pretrain`` is LightningCLI's ``fit`` (configs are YAML, unknown keys are errors, ``--print_config``
+works); the other subcommands are small argparse front-ends over library functions. Every command
+that produces numbers can also write them as JSON with ``--output FILE``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+PRETRAIN_HELP = "pretrain a method with LightningCLI: ssl-toolkit pretrain --config configs/vicreg_cifar.yaml [--data.train_path DIR]"
+
+
+def write_json(path: str | os.PathLike | None, payload: dict) -> None:
+    """Write ``payload`` as indented JSON to ``path`` (parents created); nothing when path is None."""
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _cmd_pretrain(rest: list[str]) -> int:
+    from ssl_toolkit.pretrain import run_pretrain_cli
+
+    run_pretrain_cli(["fit", *rest])
+    return 0
+
+
+def _cmd_atari(args: argparse.Namespace) -> int:
+    from ssl_toolkit.data.atari import collect_frames
+
+    summary = collect_frames(
+        args.game, args.frames, args.out, seed=args.seed, grayscale=not args.rgb,
+        frames_per_shard=args.frames_per_shard,
+    )
+    print(json.dumps(summary, indent=2, default=float))
+    write_json(args.output, summary)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ssl_toolkit.demo import run_demo
+
+    summary = run_demo(
+        game=args.game, frames=args.frames, max_steps=args.steps, out_dir=args.out, seed=args.seed
+    )
+    write_json(args.output, summary)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "step":
+        from ssl_toolkit.bench.step import run_step_bench
+
+        result = run_step_bench(steps=args.steps, warmup=args.warmup, methods=args.methods)
+    else:  # argparse restricts the choices
+        raise SystemExit(f"unknown benchmark {args.what!r}")
+    write_json(args.output, result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssl-toolkit",
+        description="Self-supervised pretraining (VICReg, SimSiam, SimCLR, MAE), probes and Atari RL hand-off.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("pretrain", help=PRETRAIN_HELP, add_help=False)
+
+    atari = sub.add_parser("atari", help="Atari data: collect frames from a seeded random policy")
+    atari_sub = atari.add_subparsers(dest="atari_command", required=True)
+    collect = atari_sub.add_parser("collect", help="write ALE frames, RAM and step info to shards")
+    collect.add_argument("--game", required=True, help="e.g. pong, mspacman or ALE/Pong-v5")
+    collect.add_argument("--frames", type=int, required=True, help="number of frames to write")
+    collect.add_argument("--out", required=True, help="output directory for the shards")
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--rgb", action="store_true", help="keep RGB frames (default: grayscale)")
+    collect.add_argument("--frames-per-shard", type=int, default=10000)
+    collect.add_argument("--output", help="also write the summary as JSON here")
+    collect.set_defaults(func=_cmd_atari)
+
+    demo = sub.add_parser("demo", help="the main job: collect Atari frames, pretrain VICReg, report")
+    demo.add_argument("--game", default="pong")
+    demo.add_argument("--frames", type=int, default=4000)
+    demo.add_argument("--steps", type=int, default=300, help="optimiser steps of pretraining")
+    demo.add_argument("--out", default="runs/demo", help="run directory")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output", help="also write the summary as JSON here")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="performance benchmarks")
+    bench.add_argument("what", choices=["step"], help="step: training-step throughput per method")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    bench.add_argument("--methods", nargs="*", default=None, help="subset of the configurations")
+    bench.add_argument("--output", help="write the results as JSON here")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # pretrain hands everything after it to LightningCLI untouched (its own --help included)
+    if argv and argv[0] == "pretrain":
+        return _cmd_pretrain(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # bad input: one line naming the problem, non-zero exit, no traceback
+        print(f"ssl-toolkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
