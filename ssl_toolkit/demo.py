@@ -59,7 +59,7 @@ def run_demo(
     trainer = pl.Trainer(
         max_steps=max_steps, precision="bf16-mixed", accelerator="auto", devices=1,
         logger=CSVLogger(save_dir=str(out), name="", version=""), callbacks=[ckpt],
-        default_root_dir=str(out), log_every_n_steps=5, enable_model_summary=False,
+        default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
     )
     print(f"[demo] pretraining VICReg on nature_cnn for {max_steps} steps "
           f"(batch {batch_size}, {torch.get_num_threads()} threads)")

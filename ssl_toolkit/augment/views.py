@@ -1,0 +1,284 @@
+"""CPU stage of the augmentation pipeline: decode once, cut every view, return uint8.
+
+Runs per sample inside DataLoader workers, so it does only the geometric work — random resized crop
+(sampled as torchvision's ``RandomResizedCrop``), horizontal flip and the random shift of DrQ
+(Kostrikov et al. 2021, "Image Augmentation Is All You Need") — and leaves all colour work to the
+batched device stage (:mod:`ssl_toolkit.augment.gpu`). It is fast because:
+
+* the image is decoded once per sample and every view is cut from that one decode;
+* crop boxes are drawn first, in full-size coordinates; when every box still covers at least the
+  output resolution at 1/2, 1/4 or 1/8 size, a JPEG is decoded at that reduced size (``Image.draft``:
+  libjpeg scales in the DCT domain) and the boxes are mapped into it;
+* one antialiased bilinear ``interpolate`` on the uint8 crop makes each view (torch's vectorised
+  uint8 kernel, which follows PIL's ``BILINEAR`` resampling and runs about twice as fast as
+  ``Image.resize`` here); no float images are made;
+* a colour JPEG wanted in ``"L"`` mode is decoded as luma only.
+
+Randomness comes from torch's global generator, one draw per sample. ``DataLoader`` seeds it in every
+worker (``base_seed + worker_id``) and ``torch.manual_seed`` / Lightning's ``seed_everything`` seed it
+in the main process, so a seeded run cuts the same views.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import warnings
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssl_toolkit.augment.presets import AugmentPreset, ViewSpec
+
+ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image, np.ndarray]
+
+_MODES = ("RGB", "L", None)
+_DRAFT_SCALES = (8, 4, 2)
+_ATTEMPTS = 10  # as torchvision's RandomResizedCrop.get_params
+# uniforms per view: area and log-ratio per attempt, crop position (2), flip (1), shift (2)
+_DRAWS = 2 * _ATTEMPTS + 5
+# torch's fast uint8 antialiased kernels take up to 4 channels; wider stacks are resized in groups
+_MAX_RESIZE_CHANNELS = 4
+
+Box = tuple[int, int, int, int]  # (left, top, width, height) in full-size pixels
+
+
+class ViewSampler:
+    """Cut ``preset.num_views`` geometric views from one image.
+
+    Args:
+        preset: the views to make; reads ``crop_size``, ``crop_scale``, ``crop_ratio``, ``flip_p``
+            and ``shift_pad`` of each :class:`ViewSpec`.
+        mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel) output; ``None`` keeps the input's
+            channels (numpy frame stacks ``H×W×C`` with any ``C``; encoded and PIL images come out
+            as ``L`` when grey, else ``RGB``).
+
+    Calling it with encoded bytes (JPEG/PNG/WebP/…), a file path, a PIL image or a uint8 numpy
+    array ``H×W`` / ``H×W×C`` returns a list with one uint8 tensor ``(C, H, W)`` per view, each
+    with its own random crop, flip and shift. Reduced-size JPEG decoding applies to bytes and paths
+    (a PIL image passed in is the caller's object and is left untouched).
+    """
+
+    def __init__(self, preset: AugmentPreset, mode: str | None = "RGB"):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not preset.views:
+            raise ValueError(f"preset {preset.name!r} has no views")
+        self.preset = preset
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(preset={self.preset.name!r}, views={self.preset.num_views}, mode={self.mode!r})"
+
+    def __call__(self, image: ImageInput) -> list[torch.Tensor]:
+        source = _Source(image, self.mode)
+        full_w, full_h = source.size
+        specs = self.preset.views
+        draws = [[random.random() for _ in range(_DRAWS)] for _ in specs]
+        boxes = [_crop_box(spec, full_w, full_h, u) for spec, u in zip(specs, draws)]
+        # how far the decode may shrink: every box must keep ≥ its view's output size
+        reduction = min(min(w / s.size_hw[1], h / s.size_hw[0]) for s, (_, _, w, h) in zip(specs, boxes))
+        pixels, scale = source.decode(reduction)
+        views = []
+        for spec, (left, top, w, h), u in zip(specs, boxes, draws):
+            view = _resize(pixels, (left / scale, top / scale, (left + w) / scale, (top + h) / scale), spec.size_hw)
+            flip_u, shift_u = u[2 * _ATTEMPTS + 2], u[2 * _ATTEMPTS + 3 :]
+            views.append(_finish(view, source.channels, flip_u < spec.flip_p, spec.shift_pad, shift_u))
+        return views
+
+
+def center_view(
+    image: ImageInput,
+    size: int | tuple[int, int],
+    mode: str | None = "RGB",
+    crop_fraction: float = 0.875,
+) -> torch.Tensor:
+    """The evaluation view: resize the shorter side to ``size / crop_fraction``, center-crop ``size``.
+
+    Args:
+        image: as for :class:`ViewSampler`.
+        size: output size, int or ``(H, W)``.
+        mode: ``"RGB"``, ``"L"`` or ``None`` (keep the input's channels).
+        crop_fraction: fraction of the resized image kept (0.875: the usual 224 of 256).
+
+    Returns:
+        uint8 tensor ``(C, H, W)``.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    source = _Source(image, mode)
+    full_w, full_h = source.size
+    # scale the image (aspect kept) to cover (out_h, out_w) / crop_fraction, then take the middle
+    # out_h × out_w; in full-size pixels that middle is out × `factor`
+    factor = min(full_w * crop_fraction / out_w, full_h * crop_fraction / out_h)
+    box_w, box_h = out_w * factor, out_h * factor
+    left, top = (full_w - box_w) / 2, (full_h - box_h) / 2
+    pixels, scale = source.decode(factor)
+    view = _resize(pixels, (left / scale, top / scale, (left + box_w) / scale, (top + box_h) / scale), (out_h, out_w))
+    return _finish(view, source.channels, flip=False)
+
+
+class _Source:
+    """One input image: its full size before decoding, and a decode at a chosen reduction."""
+
+    def __init__(self, image: ImageInput, mode: str | None):
+        self.encoded = False
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image, self.encoded = Image.open(io.BytesIO(image)), True
+        elif isinstance(image, (str, os.PathLike)):
+            with open(image, "rb") as f:
+                image, self.encoded = Image.open(io.BytesIO(f.read())), True
+        if isinstance(image, Image.Image):
+            self.image = image
+            self.size = image.size
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            self.mode = mode or ("L" if grey else "RGB")
+            self.channels = 1 if self.mode == "L" else 3
+        elif isinstance(image, np.ndarray):
+            self.image = _array_in_mode(image, mode)
+            self.size = (self.image.shape[1], self.image.shape[0])
+            self.channels = 3 if mode == "RGB" else self.image.shape[2]
+        else:
+            raise TypeError(
+                f"cannot make views from {type(image).__name__}; "
+                "pass encoded bytes, a path, a PIL image or an H×W×C uint8 numpy array"
+            )
+
+    def decode(self, reduction: float) -> tuple[torch.Tensor, int]:
+        """Return the pixels as a uint8 ``(1, C, H, W)`` tensor in channels-last memory (as decoded:
+        torch's fast uint8 resize kernels want exactly that) and how many full-size pixels one of its
+        pixels spans (> 1 only for JPEG bytes whose boxes all allow a ``reduction``)."""
+        if isinstance(self.image, np.ndarray):
+            return torch.from_numpy(self.image)[None].permute(0, 3, 1, 2), 1
+        img, scale = self.image, 1
+        if self.encoded:
+            scale = _draft(img, self.mode, reduction)
+        if img.mode not in ("L", "RGB") or (img.mode == "RGB" and self.mode == "L"):
+            img = img.convert(self.mode)
+        # An L image wanted as RGB stays one channel until after the resize (see _finish). RGB is
+        # read in PIL's own 4-byte RGBX layout: a plain copy, where packing to RGB costs twice as
+        # much; the padding channel is resized along (same speed) and dropped at the end.
+        raw = img.tobytes("raw", "RGBX") if img.mode == "RGB" else img.tobytes()
+        width, height = img.size
+        return _wrap(raw).view(1, height, width, -1).permute(0, 3, 1, 2), scale
+
+
+def _wrap(raw: bytes) -> torch.Tensor:
+    """A uint8 tensor over ``raw`` without copying. torch warns that bytes are read-only; the
+    source pixels are only ever read (sliced and resized into new tensors), so the warning is moot."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(raw, dtype=torch.uint8)
+
+
+def _array_in_mode(array: np.ndarray, mode: str | None) -> np.ndarray:
+    """A writable uint8 H×W×C array in ``mode`` (RGB: drops alpha; L: ITU-R 601 luma, as PIL)."""
+    if array.dtype != np.uint8:
+        raise TypeError(f"numpy images must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"numpy images must be H×W or H×W×C, got shape {array.shape}")
+    channels = array.shape[2]
+    if mode == "L" and channels in (3, 4):
+        array = np.asarray(Image.fromarray(np.ascontiguousarray(array[:, :, :3]), "RGB").convert("L"))[:, :, None]
+    elif mode == "RGB" and channels == 4:
+        array = array[:, :, :3]
+    elif mode is not None and channels not in (1, 3):
+        raise ValueError(f"cannot read a {channels}-channel array as {mode!r}; use mode=None to keep channels")
+    if not array.flags.writeable:
+        array = array.copy()
+    return array
+
+
+def _crop_box(spec: ViewSpec, width: int, height: int, u: list[float]) -> Box:
+    """torchvision's ``RandomResizedCrop.get_params``, driven by pre-drawn uniforms ``u``.
+
+    ``crop_scale == (1, 1)`` takes the whole image whatever its aspect ratio.
+    """
+    if tuple(spec.crop_scale) == (1.0, 1.0):
+        return 0, 0, width, height
+    area = width * height
+    log_lo, log_hi = math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])
+    lo, hi = spec.crop_scale
+    for attempt in range(_ATTEMPTS):
+        target_area = area * (lo + (hi - lo) * u[2 * attempt])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * attempt + 1])
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(u[2 * _ATTEMPTS] * (height - h + 1))
+            left = int(u[2 * _ATTEMPTS + 1] * (width - w + 1))
+            return left, top, w, h
+    # fallback: central crop with the aspect ratio clamped into range
+    in_ratio = width / height
+    if in_ratio < min(spec.crop_ratio):
+        w, h = width, int(round(width / min(spec.crop_ratio)))
+    elif in_ratio > max(spec.crop_ratio):
+        w, h = int(round(height * max(spec.crop_ratio))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _draft(img: Image.Image, mode: str, reduction: float) -> int:
+    """Configure a JPEG's decoder for the largest 1/2^k size with ``reduction`` ≥ 2^k, and for luma
+    only when ``mode == "L"``. Returns the reduction applied (1 for other formats)."""
+    scale = next((s for s in _DRAFT_SCALES if reduction >= s), 1)
+    if scale == 1 and mode != "L":
+        return 1
+    w, h = img.size
+    # PIL picks the largest power of two ≤ min(w // size_w, h // size_h), i.e. exactly `scale`
+    applied = img.draft(mode, (max(w // scale, 1), max(h // scale, 1)))
+    if applied is None:  # not a JPEG, or already decoded
+        return 1
+    return int(round(w / applied[1][2]))
+
+
+def _resize(pixels: torch.Tensor, box: tuple[float, float, float, float], size_hw: tuple[int, int]) -> np.ndarray:
+    """Crop ``box`` (left, top, right, bottom; rounded to whole pixels) from ``(1, C, H, W)`` pixels
+    and resize it to ``size_hw`` with antialiased bilinear interpolation on uint8. Returns an
+    ``(h, w, C)`` numpy view of the result (of ``pixels`` itself when no resize is needed)."""
+    height, width = pixels.shape[-2:]
+    left, top = min(int(round(box[0])), width - 1), min(int(round(box[1])), height - 1)
+    right, bottom = max(min(int(round(box[2])), width), left + 1), max(min(int(round(box[3])), height), top + 1)
+    out = pixels[:, :, top:bottom, left:right]
+    if out.shape[-2:] != tuple(size_hw):
+        if out.shape[1] <= _MAX_RESIZE_CHANNELS:
+            out = F.interpolate(out, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
+        else:
+            groups = out.split(_MAX_RESIZE_CHANNELS, dim=1)
+            out = torch.cat([F.interpolate(g, size=size_hw, mode="bilinear", antialias=True) for g in groups], dim=1)
+    return out.numpy()[0].transpose(1, 2, 0)
+
+
+def _finish(hwc: np.ndarray, channels: int, flip: bool, shift_pad: int = 0, shift_u: list[float] | None = None) -> torch.Tensor:
+    """To ``channels`` channels, flipped and DrQ-shifted as drawn: a new contiguous ``(C, h, w)`` tensor.
+
+    Done in numpy, whose strided uint8 copies (channels-last → CHW, reversed columns) run several
+    times faster than torch's and whose per-call overhead is a fraction of torch's; the flip costs
+    nothing extra inside the one copy.
+    """
+    if hwc.shape[2] > channels:  # RGBX: drop the padding channel
+        hwc = hwc[:, :, :channels]
+    if shift_pad > 0:
+        # DrQ: replicate-pad by shift_pad, crop back at a random offset ≡ indexing with clamped indices
+        height, width = hwc.shape[:2]
+        span = 2 * shift_pad + 1
+        dy, dx = (min(int(u * span), span - 1) - shift_pad for u in shift_u)
+        rows = np.clip(np.arange(height) + dy, 0, height - 1)
+        cols = np.clip(np.arange(width) + dx, 0, width - 1)
+        hwc = hwc[rows[:, None], cols[None, ::-1] if flip else cols[None, :]]
+    elif flip:
+        hwc = hwc[:, ::-1]
+    chw = hwc.transpose(2, 0, 1)
+    if chw.shape[0] < channels:  # a grey image wanted as RGB, resized while still one channel
+        chw = np.broadcast_to(chw, (channels, *chw.shape[1:]))
+    return torch.from_numpy(np.array(chw, order="C"))  # always a copy: never alias the decoded source
