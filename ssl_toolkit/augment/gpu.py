@@ -53,7 +53,9 @@ class ViewAugment(nn.Module):
             else None
         )
         # thresholds=0 → exactly 0.5 (kornia draws from 0.5 ± thresholds); additions=0 → none
-        self.solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=spec.solarize_p) if spec.solarize_p > 0 else None
+        self.solarize = (
+            K.RandomSolarize(thresholds=0.0, additions=0.0, p=spec.solarize_p) if spec.solarize_p > 0 else None
+        )
         self.intensity = float(spec.intensity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
