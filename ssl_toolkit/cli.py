@@ -26,6 +26,19 @@ def write_json(path: str | os.PathLike | None, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line.
+
+    jsonargparse reports a failed class instantiation as a multi-line list of what every candidate
+    type said ("Does not validate against any of the Union subtypes … - <the real error> …"); the
+    real error is the first bullet that is not about the ``None`` alternative.
+    """
+    lines = str(err).splitlines()
+    bullets = [ln.strip()[2:] for ln in lines if ln.strip().startswith("- ")]
+    bullets = [b for b in bullets if "NoneType" not in b]
+    return bullets[0] if bullets else (lines[0] if lines else type(err).__name__)
+
+
 def _cmd_pretrain(rest: list[str]) -> int:
     from ssl_toolkit.pretrain import run_pretrain_cli
 
@@ -97,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="performance benchmarks")
     bench.add_argument("what", choices=["step"], help="step: training-step throughput per method")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     bench.add_argument("--methods", nargs="*", default=None, help="subset of the configurations")
     bench.add_argument("--output", help="write the results as JSON here")
@@ -108,14 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # pretrain hands everything after it to LightningCLI untouched (its own --help included)
-    if argv and argv[0] == "pretrain":
-        return _cmd_pretrain(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] == "pretrain":
+            return _cmd_pretrain(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         # bad input: one line naming the problem, non-zero exit, no traceback
-        print(f"ssl-toolkit {args.command}: error: {err}", file=sys.stderr)
+        command = argv[0] if argv else "ssl-toolkit"
+        print(f"ssl-toolkit {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

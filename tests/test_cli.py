@@ -108,3 +108,19 @@ def test_bench_step_writes_json(tmp_path):
     assert row["name"] == "vicreg_nature_cnn_84px"
     assert row["float32"]["images_per_s"] > 0 and row["bf16_channels_last"]["gflop_per_step"] > 0
     assert result["matmul_peak_gflops"]["bfloat16"] > 0
+
+
+def test_missing_data_path_is_one_line_error(tmp_path):
+    proc = run_cli("pretrain", "--config", "configs/vicreg_cifar.yaml", "--data.train_path", tmp_path / "nope",
+                   "--runs_dir", tmp_path, check=False)
+    assert proc.returncode != 0
+    assert str(tmp_path / "nope") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_backbone_lists_close_names(jpeg_folder, tmp_path):
+    proc = run_cli("pretrain", "--config", "configs/vicreg_cifar.yaml", "--data.train_path", jpeg_folder,
+                   "--model.init_args.backbone", "resnet181", "--runs_dir", tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "did you mean" in proc.stderr and "resnet18" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -111,7 +111,7 @@ def time_config(cfg: StepConfig, bf16: bool, channels_last: bool, steps: int, wa
     }
 
 
-def run_step_bench(steps: int = 10, warmup: int = 3, methods: list[str] | None = None) -> dict:
+def run_step_bench(steps: int = 20, warmup: int = 3, methods: list[str] | None = None) -> dict:
     """Run every configuration (or those named in ``methods``) in both precision settings."""
     import warnings
 
