@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="performance benchmarks")
     bench.add_argument("what", choices=["step"], help="step: training-step throughput per method")
-    bench.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     bench.add_argument("--methods", nargs="*", default=None, help="subset of the configurations")
     bench.add_argument("--output", help="write the results as JSON here")
