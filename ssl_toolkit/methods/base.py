@@ -111,7 +111,9 @@ class SSLMethod(pl.LightningModule):
         self.backbone = create_backbone(backbone, in_chans=in_chans, **(backbone_kwargs or {}))
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self._backbone_fwd = torch.compile(self.backbone) if compile else self.backbone
+        if compile:
+            # in place: the state dict keeps the plain backbone's keys (no `_orig_mod.` prefix)
+            self.backbone.compile()
         self.online_probe = nn.Linear(self.backbone.num_features, num_classes) if num_classes else None
 
     # ---- what methods call ----------------------------------------------------------------------
@@ -119,7 +121,7 @@ class SSLMethod(pl.LightningModule):
         """Backbone features: ``(B, C, H, W) -> (B, num_features)``."""
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._backbone_fwd(x)
+        return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)
