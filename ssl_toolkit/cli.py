@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +59,34 @@ def _cmd_atari(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_bytes(text: str) -> int:
+    """``--max-size`` values: a byte count, optionally with a unit (``500MB``, ``1GiB``, ``1.5G``)."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 1000000000, 500MB or 1GiB, got {text!r}")
+    return int(float(match.group(1)) * units[match.group(2) or ""])
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    if args.shards_command == "from-folder":
+        from ssl_toolkit.data.shard_writer import shards_from_folder
+
+        summary = shards_from_folder(
+            args.src, args.out, max_count=args.max_count, max_size=args.max_size, seed=args.seed,
+            prefix=args.prefix, overwrite=args.overwrite, progress=not args.quiet,
+        )
+        print(json.dumps(summary, indent=2))
+        write_json(args.output, summary)
+        return 0
+    from ssl_toolkit.data.shard_stats import format_stats, shard_stats
+
+    stats = shard_stats(args.pattern, verify=not args.no_verify, decode=args.decode, progress=not args.quiet)
+    print(format_stats(stats))
+    write_json(args.output, stats)
+    return 1 if stats["problems"] else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ssl_toolkit.demo import run_demo
 
@@ -98,6 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--frames-per-shard", type=int, default=10000)
     collect.add_argument("--output", help="also write the summary as JSON here")
     collect.set_defaults(func=_cmd_atari)
+
+    shards = sub.add_parser("shards", help="webdataset shards: write them from an image folder, check them")
+    shards_sub = shards.add_subparsers(dest="shards_command", required=True)
+    from_folder = shards_sub.add_parser(
+        "from-folder", help="write an ImageFolder tree as shuffled shards (original image bytes); resumable",
+        description="Write SRC (an ImageFolder tree) as OUT/<prefix>-000000.tar, … with <key>.jpg|png|webp "
+        "(the original bytes), <key>.cls and <key>.json per image, plus OUT/classes.json and OUT/index.json. "
+        "Re-running a cut-off run with the same arguments keeps the finished shards.",
+    )
+    from_folder.add_argument("src", help="ImageFolder tree (one subfolder per class) or flat folder of images")
+    from_folder.add_argument("out", help="output folder for the shards (created if missing)")
+    from_folder.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
+    from_folder.add_argument("--max-size", type=parse_bytes, default=None,
+                             help="bytes per shard file at most (1000000000, 500MB, 1GiB); default: no limit")
+    from_folder.add_argument("--seed", type=int, default=0, help="seeds the sample order across shards")
+    from_folder.add_argument("--prefix", default="train", help="shard file prefix")
+    from_folder.add_argument("--overwrite", action="store_true",
+                             help="replace the shards, index.json and classes.json already in OUT")
+    from_folder.add_argument("--quiet", action="store_true", help="no progress bar")
+    from_folder.add_argument("--output", help="also write the summary as JSON here")
+    from_folder.set_defaults(func=_cmd_shards)
+    stats = shards_sub.add_parser(
+        "stats", help="count shards, samples, classes and bytes; report unreadable members (exit 1 if any)",
+    )
+    stats.add_argument("pattern", help="a shard folder, a .tar, or a pattern (train-{000000..000127}.tar, train-*.tar)")
+    stats.add_argument("--no-verify", action="store_true", help="read tar headers and labels only, not the images")
+    stats.add_argument("--decode", action="store_true", help="fully decode every image (catches truncated pixel data)")
+    stats.add_argument("--quiet", action="store_true", help="no progress bar")
+    stats.add_argument("--output", help="also write the statistics as JSON here")
+    stats.set_defaults(func=_cmd_shards)
 
     demo = sub.add_parser("demo", help="the main job: collect Atari frames, pretrain VICReg, report")
     demo.add_argument("--game", default="pong")
