@@ -102,8 +102,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from ssl_toolkit.bench.step import run_step_bench
 
         result = run_step_bench(steps=args.steps, warmup=args.warmup, methods=args.methods)
-    else:  # argparse restricts the choices
-        raise SystemExit(f"unknown benchmark {args.what!r}")
+    elif args.what == "pipeline":
+        from ssl_toolkit.bench.pipeline import run_pipeline_bench
+
+        result = run_pipeline_bench(shards=args.shards, num_images=args.images)
+    else:  # collect; argparse restricts the choices
+        from ssl_toolkit.bench.collect import run_collect_bench
+
+        result = run_collect_bench(game=args.game, frames=args.frames)
     write_json(args.output, result)
     return 0
 
@@ -167,13 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", help="also write the summary as JSON here")
     demo.set_defaults(func=_cmd_demo)
 
-    bench = sub.add_parser("bench", help="performance benchmarks")
-    bench.add_argument("what", choices=["step"], help="step: training-step throughput per method")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    bench.add_argument("--methods", nargs="*", default=None, help="subset of the configurations")
-    bench.add_argument("--output", help="write the results as JSON here")
-    bench.set_defaults(func=_cmd_bench)
+    bench = sub.add_parser("bench", help="performance benchmarks (JSON with --output)")
+    bench_sub = bench.add_subparsers(dest="what", required=True, metavar="BENCHMARK")
+    step = bench_sub.add_parser("step", help="training-step throughput per method, fp32 vs bf16 + channels_last")
+    step.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    step.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    step.add_argument("--methods", nargs="*", default=None, help="subset of the configurations")
+    pipe = bench_sub.add_parser("pipeline", help="CPU stage vs per-sample baseline vs JPEG decode, one core")
+    pipe.add_argument("--shards", default=None, help="shard pattern to read (default: synthesised photo-like JPEGs)")
+    pipe.add_argument("--images", type=int, default=256, help="images per timed pass")
+    coll = bench_sub.add_parser("collect", help="Atari frames written per second vs ALE's own step rate")
+    coll.add_argument("--game", default="pong")
+    coll.add_argument("--frames", type=int, default=5000)
+    for b in (step, pipe, coll):
+        b.add_argument("--output", help="write the results as JSON here")
+        b.set_defaults(func=_cmd_bench)
     return parser
 
 

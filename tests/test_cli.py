@@ -124,3 +124,10 @@ def test_unknown_backbone_lists_close_names(jpeg_folder, tmp_path):
     assert proc.returncode != 0
     assert "did you mean" in proc.stderr and "resnet18" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_collect_cli_writes_json(tmp_path):
+    out = tmp_path / "collect.json"
+    run_cli("bench", "collect", "--game", "pong", "--frames", 100, "--output", out)
+    result = json.loads(out.read_text())
+    assert result["frames_per_s"] > 0 and result["ale_steps_per_s"] > 0
