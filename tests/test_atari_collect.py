@@ -95,3 +95,11 @@ def test_ram_belongs_to_the_frame_it_is_stored_with(runs):
         assert np.array_equal(np.maximum(*last), s["frame"]), s["key"]
         assert env.ale.getRAM().tobytes() == s["ram"], s["key"]
     env.close()
+
+
+@pytest.mark.parametrize("shape", [(210, 160), (210, 160, 3), (7, 5)])
+def test_frame_png_decodes_bit_exact(shape):
+    from ssl_toolkit.data.atari import _png
+
+    frame = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(_png(frame)))), frame)
