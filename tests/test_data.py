@@ -245,18 +245,21 @@ def test_datamodule_path_errors_name_the_path(tmp_path):
         SSLDataModule(train_path=str(tmp_path), image_mode="CMYK")
 
 
-def test_ranks_split_shards_and_yield_equal_counts(jpeg_shards, monkeypatch):
+def test_ranks_split_samples_exactly_and_yield_equal_counts(jpeg_shards, monkeypatch):
     urls = expand_shards(jpeg_shards)  # 10 + 10 + 4 samples
-    shard_keys = [{it["key"] for it in ShardDataset([u], shuffle_buffer=0)} for u in urls]
+    every_key = Counter(it["key"] for it in _raw_items(urls))
+    first_shard = {it["key"] for it in ShardDataset(urls[:1], shuffle_buffer=0)}
     per_rank = []
     for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("RANK", str(rank))  # as webdataset's pytorch_worker_info reads them
         monkeypatch.setenv("WORLD_SIZE", "2")
-        dataset = ShardDataset(urls, shuffle_buffer=0, batch_size=4, drop_last=True)
-        keys = [item["key"] for item in dataset]
-        assert len(keys) == 12 and len(dataset) == 12  # ceil(24 / 2): the short rank re-reads its shard
-        per_rank.append(keys)
-    assert set(per_rank[0]) <= shard_keys[0] | shard_keys[2]
-    assert set(per_rank[1]) == shard_keys[1]
-    with pytest.raises(ValueError, match="every worker needs at least one shard"):
-        ShardDataset(urls, num_workers=2)
+        dataset = ShardDataset(urls, shuffle_buffer=0, batch_size=5, drop_last=False)
+        batches = list(dataset)
+        assert len(batches) == len(dataset) == 3  # ceil(24 / (2 × 5)) on both ranks: 5 + 5 + 2 samples
+        per_rank.append([k for batch in batches for k in batch["key"]])
+    assert [len(keys) for keys in per_rank] == [12, 12]
+    assert Counter(per_rank[0] + per_rank[1]) == every_key and set(every_key.values()) == {1}
+    # shards in file order without shuffling: rank 0 reads shard 0 and the first 2 samples of shard 1
+    assert set(per_rank[0]) > first_shard
+    # more workers than shards: shards are split inside, every worker gets a share
+    assert len(ShardDataset(urls, num_workers=8, batch_size=2)) == 6

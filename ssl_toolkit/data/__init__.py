@@ -12,7 +12,8 @@ _EXPORTS = {
     "SSLDataModule": "datamodule", "collate_views": "datamodule",
     "ImageFolderDataset": "folder", "list_image_folder": "folder",
     "ShardDataset": "shards", "count_samples": "shards", "expand_shards": "shards", "looks_like_shards": "shards",
-    "read_index": "shards", "write_shards": "shards",
+    "read_index": "shards", "write_shards": "shards", "ShardLoader": "shards", "StreamProgress": "shards",
+    "shard_counts": "shards", "TemporalViews": "temporal", "temporal_pairs": "temporal",
     "shards_from_folder": "shard_writer", "shard_stats": "shard_stats",
 }
 

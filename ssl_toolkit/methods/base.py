@@ -162,6 +162,13 @@ class SSLMethod(pl.LightningModule):
             self.log("collapse/std_min", std.min())
             self.log("collapse/effective_rank", effective_rank(z))
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log ``data/skipped``: samples skipped as bad data so far, summed over ranks (the data module
+        counts them; see :attr:`SSLDataModule.skipped`)."""
+        skipped = getattr(self.trainer.datamodule, "skipped", None)
+        if skipped is not None:
+            self.log("data/skipped", float(skipped), reduce_fx="sum", sync_dist=True)
+
     # ---- optimisation ---------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """Groups for the optimiser; methods extend this (SimSiam's fixed-lr predictor).
