@@ -215,13 +215,13 @@ def run_pipeline_bench(
             urls = expand_shards(shards)
             source = {"source": "shards", "shards": shards, "num_shards": len(urls)}
         # the bytes exactly as the CPU stage will read them, in the same (shard) order
-        raw = ShardDataset(urls, shuffle_buffer=0, num_samples=num_images)
+        raw = ShardDataset(urls, shuffle_buffer=0, epoch_length=num_images)
         images = [item["views"] for item in itertools.islice(raw, num_images)]
         if not images:
             raise ValueError(f"no samples in {shards!r}")
         preset = get_preset(PRESET, crop_size=crop, num_views=views)
         sampler = ViewSampler(preset)
-        dataset = ShardDataset(urls, transform=sampler, shuffle_buffer=0, num_samples=len(images))
+        dataset = ShardDataset(urls, transform=sampler, shuffle_buffer=0, epoch_length=len(images))
         baseline = VICRegTrainTransform(crop=crop, views=views)
         subset = images[:baseline_images]
 

@@ -63,6 +63,7 @@ import math
 import os
 import random
 import tarfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -452,7 +453,6 @@ class ShardDataset(IterableDataset):
         temporal_offset: pair every frame with the frame ``k`` steps later in its episode (see
             :mod:`ssl_toolkit.data.temporal`): ``k`` fixed (int) or uniform in ``[lo, hi]``.
         counts: samples per shard, when known; else :func:`shard_counts`.
-        num_samples: older name of ``epoch_length`` without resampling.
 
     Raises:
         ValueError: the shards cannot be counted (remote, no index, no ``resample``/``counts``), or
@@ -472,7 +472,6 @@ class ShardDataset(IterableDataset):
         epoch_length: int | None = None,
         temporal_offset: int | Sequence[int] | None = None,
         counts: Sequence[int] | None = None,
-        num_samples: int | None = None,
     ):
         from ssl_toolkit.data.temporal import parse_offset
 
@@ -481,7 +480,6 @@ class ShardDataset(IterableDataset):
             raise ValueError("no shards to read")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        epoch_length = epoch_length if epoch_length is not None else num_samples
         if epoch_length is not None and epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
         self.transform = transform
@@ -870,7 +868,8 @@ def write_shards(
                 name = f"{prefix}-{len(shards):06d}.tar"
                 paths.append(str(out_dir / name))
                 shards.append({"name": name, "count": 0})
-                writer = wds.TarWriter(paths[-1] + ".partial")
+                # an integer mtime: a float one makes tarfile add a PAX header to every member
+                writer = wds.TarWriter(paths[-1] + ".partial", mtime=int(time.time()))
             writer.write(sample)
             shards[-1]["count"] += 1
         if writer is not None:

@@ -163,11 +163,12 @@ class SSLMethod(pl.LightningModule):
             self.log("collapse/effective_rank", effective_rank(z))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Log ``data/skipped``: samples skipped as bad data so far, summed over ranks (the data module
-        counts them; see :attr:`SSLDataModule.skipped`)."""
+        """Log ``data/skipped``: samples this rank skipped as bad data so far (the data module counts
+        them; see :attr:`SSLDataModule.skipped`). Not summed over ranks: that would be a collective on
+        every step; each rank also warns once per skipped sample, naming shard and key."""
         skipped = getattr(self.trainer.datamodule, "skipped", None)
         if skipped is not None:
-            self.log("data/skipped", float(skipped), reduce_fx="sum", sync_dist=True)
+            self.log("data/skipped", float(skipped), rank_zero_only=True)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
