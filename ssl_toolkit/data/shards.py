@@ -73,6 +73,8 @@ from typing import Any
 import braceexpand
 import torch
 import webdataset as wds
+
+from ssl_toolkit.data.ustar import UstarWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 INDEX_NAME = "index.json"
@@ -836,7 +838,8 @@ def write_shards(
     Args:
         samples: dicts with ``"__key__"`` (unique, no dot) and one entry per member, named by its
             extension: ``bytes`` are stored as they are, ``str`` as UTF-8, ``"cls"`` ints as text,
-            ``"json"`` dicts as JSON, numpy/PIL images under ``"png"``/``"jpg"`` encoded by webdataset.
+            ``"json"`` dicts as JSON, numpy/PIL images under ``"png"``/``"jpg"`` encoded with PIL
+            (see :mod:`ssl_toolkit.data.ustar`).
         out_dir: created if missing.
         prefix: shard file prefix.
         max_count: samples per shard.
@@ -853,10 +856,12 @@ def write_shards(
     shards: list[dict[str, Any]] = []
     paths: list[str] = []
     writer = None
+    mtime = int(time.time())
 
     def close_current() -> None:
         # written under a temporary name and renamed when complete, so a crash leaves no truncated .tar
         writer.close()
+        writer.fileobj.close()
         os.replace(paths[-1] + ".partial", paths[-1])
 
     try:
@@ -868,8 +873,7 @@ def write_shards(
                 name = f"{prefix}-{len(shards):06d}.tar"
                 paths.append(str(out_dir / name))
                 shards.append({"name": name, "count": 0})
-                # an integer mtime: a float one makes tarfile add a PAX header to every member
-                writer = wds.TarWriter(paths[-1] + ".partial", mtime=int(time.time()))
+                writer = UstarWriter(open(paths[-1] + ".partial", "wb", buffering=1 << 20), mtime=mtime)
             writer.write(sample)
             shards[-1]["count"] += 1
         if writer is not None:
@@ -877,7 +881,7 @@ def write_shards(
             writer = None
     finally:
         if writer is not None:
-            writer.close()
+            writer.fileobj.close()
     index = {"shards": shards, "num_samples": sum(s["count"] for s in shards), **(metadata or {})}
     with open(out_dir / INDEX_NAME, "w") as f:
         json.dump(index, f, indent=1)
