@@ -20,7 +20,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e '.[dev,rl]'
+	$(PIP) install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -7,11 +7,22 @@ that produces numbers can also write them as JSON with ``--output FILE``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
 import sys
 from pathlib import Path
+
+# Each area adds its own subcommands through ``add_commands(groups)``; ``groups`` maps "top",
+# "probe", "bench" and "rl" to the argparse sub-parser collections.
+COMMAND_MODULES = (
+    "ssl_toolkit.export_cli",
+    "ssl_toolkit.eval.probe_cli",
+    "ssl_toolkit.eval.atariari_cli",
+    "ssl_toolkit.rl.cli",
+    "ssl_toolkit.plots.cli",
+)
 
 PRETRAIN_HELP = "pretrain a method with LightningCLI: ssl-toolkit pretrain --config configs/vicreg_cifar.yaml [--data.train_path DIR]"
 
@@ -188,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     for b in (step, pipe, coll):
         b.add_argument("--output", help="write the results as JSON here")
         b.set_defaults(func=_cmd_bench)
+
+    probe = sub.add_parser("probe", help="evaluate a frozen encoder: linear probe, kNN, AtariARI state probing")
+    rl = sub.add_parser("rl", help="train and evaluate Atari agents on a pretrained encoder")
+    groups = {
+        "top": sub,
+        "bench": bench_sub,
+        "probe": probe.add_subparsers(dest="probe_command", required=True, metavar="PROBE"),
+        "rl": rl.add_subparsers(dest="rl_command", required=True, metavar="RL_COMMAND"),
+    }
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(groups)
     return parser
 
 

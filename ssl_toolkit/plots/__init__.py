@@ -1,0 +1,1 @@
+"""Plots written into run directories."""
