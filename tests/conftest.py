@@ -70,3 +70,19 @@ def atari_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("atari_pong")
     collect_frames("pong", ATARI_FRAMES, out, seed=0, grayscale=True, frames_per_shard=128, progress=False)
     return out
+
+
+@pytest.fixture
+def crash_at():
+    """A Lightning callback class that raises at the start of training step ``step`` (a simulated crash)."""
+    import pytorch_lightning as pl
+
+    class CrashAt(pl.Callback):
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == self.step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAt

@@ -10,15 +10,6 @@ from ssl_toolkit.data.datamodule import SSLDataModule
 from ssl_toolkit.methods import VICReg
 
 
-class CrashAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def _run(data_path, tmp_path, max_steps, callbacks, ckpt_path=None):
     data = SSLDataModule(train_path=str(data_path), batch_size=4, num_workers=0, preset="vicreg",
                          crop_size=32)
@@ -30,10 +21,10 @@ def _run(data_path, tmp_path, max_steps, callbacks, ckpt_path=None):
     return trainer
 
 
-def test_crash_keeps_last_good_checkpoint_and_resume_continues(jpeg_folder, tmp_path):
+def test_crash_keeps_last_good_checkpoint_and_resume_continues(jpeg_folder, tmp_path, crash_at):
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(jpeg_folder, run, max_steps=10, callbacks=[CrashAt(5)])
+        _run(jpeg_folder, run, max_steps=10, callbacks=[crash_at(5)])
     last = run / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4  # the last checkpoint written before the crash, loadable

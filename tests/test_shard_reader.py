@@ -154,15 +154,6 @@ class KeyRecorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-class CrashAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def _fit(data, root, max_epochs, callbacks, ckpt_path=None):
     model = KeyRecorder()
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
@@ -171,11 +162,11 @@ def _fit(data, root, max_epochs, callbacks, ckpt_path=None):
     return model, trainer
 
 
-def test_resume_mid_epoch_and_from_epoch_end_through_trainer(seven_shards, tmp_path):
+def test_resume_mid_epoch_and_from_epoch_end_through_trainer(seven_shards, tmp_path, crash_at):
     batches = 7  # ceil(27 / 4) in one process
     steps = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     model = KeyRecorder()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[steps, CrashAt(3)],
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[steps, crash_at(3)],
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     data = _data(seven_shards)
     with pytest.raises(RuntimeError, match="simulated crash"):
