@@ -118,7 +118,7 @@ def _aa_bilinear(hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return F.interpolate(x, size=size_hw, mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("crop_hw", [(40, 50), (64, 64), (90, 80), (96, 96), (150, 150)])
+@pytest.mark.parametrize("crop_hw", [(40, 50), (64, 64), (90, 80), (96, 96), (128, 120), (150, 150)])
 def test_resize_paths_match_antialiased_bilinear(crop_hw):
     image = _photo(160, 160)
     resized = views_module._resize(image, (0, 0, crop_hw[1], crop_hw[0]), (64, 64))
@@ -128,8 +128,8 @@ def test_resize_paths_match_antialiased_bilinear(crop_hw):
     if shrink > views_module._PLAIN_BILINEAR_MAX_SHRINK:
         assert diff.max() == 0  # the antialiased kernel itself
     else:
-        # plain bilinear (OpenCV): the same filter when enlarging, rounding apart; close when shrinking ≤ 1.5×
-        assert diff.mean() < (0.6 if shrink <= 1 else 1.5), (crop_hw, diff.mean())
+        # plain bilinear (OpenCV): the same filter when enlarging, rounding apart; close when shrinking ≤ 2×
+        assert diff.mean() < (0.6 if shrink <= 1 else 3.0), (crop_hw, diff.mean())
 
 
 def test_view_sampler_multi_crop_sizes_and_grey_source(jpeg_file):
@@ -215,7 +215,7 @@ def test_draft_decode_close_to_full_decode(draft_spy):
 
 
 def test_full_image_crop_is_resized_whole_image():
-    image = _photo(120, 90)
+    image = _photo(160, 120)  # shrinks 2.5×: the antialiased path, PIL BILINEAR's filter
     preset = get_preset("mae", crop_size=(48, 64), crop_scale=(1.0, 1.0), flip_p=0.0)
     view = ViewSampler(preset)(image)[0]
     expected = np.asarray(Image.fromarray(image).resize((64, 48), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
