@@ -63,7 +63,7 @@ def _cmd_atari(args: argparse.Namespace) -> int:
 
     summary = collect_frames(
         args.game, args.frames, args.out, seed=args.seed, grayscale=not args.rgb,
-        frames_per_shard=args.frames_per_shard,
+        frames_per_shard=args.frames_per_shard, noop=not args.no_noop,
     )
     print(json.dumps(summary, indent=2, default=float))
     write_json(args.output, summary)
@@ -102,7 +102,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ssl_toolkit.demo import run_demo
 
     summary = run_demo(
-        game=args.game, frames=args.frames, max_steps=args.steps, out_dir=args.out, seed=args.seed
+        game=args.game, frames=args.frames, max_steps=args.steps, out_dir=args.out, seed=args.seed,
+        probe_frames=args.probe_frames, ppo_steps=args.ppo_steps,
     )
     write_json(args.output, summary)
     return 0
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", required=True, help="output directory for the shards")
     collect.add_argument("--seed", type=int, default=0)
     collect.add_argument("--rgb", action="store_true", help="keep RGB frames (default: grayscale)")
+    collect.add_argument("--no-noop", action="store_true", help="never choose NOOP (AtariARI's random agent)")
     collect.add_argument("--frames-per-shard", type=int, default=10000)
     collect.add_argument("--output", help="also write the summary as JSON here")
     collect.set_defaults(func=_cmd_atari)
@@ -175,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--output", help="also write the statistics as JSON here")
     stats.set_defaults(func=_cmd_shards)
 
-    demo = sub.add_parser("demo", help="the main job: collect Atari frames, pretrain VICReg, report")
+    demo = sub.add_parser("demo", help="the main job: collect Atari frames, pretrain VICReg, export, AtariARI probe, PPO smoke check")
     demo.add_argument("--game", default="pong")
     demo.add_argument("--frames", type=int, default=4000)
     demo.add_argument("--steps", type=int, default=300, help="optimiser steps of pretraining")
     demo.add_argument("--out", default="runs/demo", help="run directory")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--probe-frames", type=int, default=10_000, help="AtariARI probe frames (0: skip the probe)")
+    demo.add_argument("--ppo-steps", type=int, default=1024, help="PPO smoke-check agent steps (0: skip it)")
     demo.add_argument("--output", help="also write the summary as JSON here")
     demo.set_defaults(func=_cmd_demo)
 

@@ -19,6 +19,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from ssl_toolkit.data.datamodule import SSLDataModule
 from ssl_toolkit.methods.base import SSLMethod
+from ssl_toolkit.tracking import RunArtifacts
 
 LOGGER_NAMES = ("csv", "tensorboard", "wandb")
 
@@ -73,6 +74,9 @@ class PretrainCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if not any(isinstance(c, RunArtifacts) for c in trainer.callbacks):
+            # figures, embeddings and (with wandb) the config and encoder artifact at the end of fit
+            trainer.callbacks.append(RunArtifacts())
         return trainer
 
 

@@ -94,10 +94,19 @@ def test_bad_game_is_one_line_error(tmp_path):
 
 def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
-    run_cli("demo", "--frames", 300, "--steps", 4, "--out", out, "--output", tmp_path / "demo.json")
+    run_cli("demo", "--frames", 300, "--steps", 4, "--probe-frames", 3000, "--ppo-steps", 128,
+            "--out", out, "--output", tmp_path / "demo.json")
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["steps"] == 4
     assert Path(summary["checkpoint"]).exists()
+    from ssl_toolkit import load_encoder
+
+    assert load_encoder(summary["encoder"]).num_features > 0  # the export loads back
+    for name in ("pretrained", "random"):
+        assert 0.0 <= summary["atariari"][name]["score_f1"] <= 1.0
+        assert "84x84" in summary["atariari"][name]["protocol_deviation"]  # stated, not hidden
+    assert Path(summary["ppo"]["agent"]).exists()
+    assert (out / "plots" / "loss.png").exists()
 
 
 def test_bench_step_writes_json(tmp_path):

@@ -15,7 +15,8 @@ Shard layout, one sample per agent step (key ``ep000012_t000034``, unique in a r
     <key>.json  {"game", "episode", "step", "action", "reward", "terminated", "truncated", "lives", "frame"}
 
 ``action`` is the index into the game's minimal action set that led to the frame (-1 for the first
-frame of an episode); ``frame`` is the emulator's frame number within the episode.
+frame of an episode; with ``noop=False`` the agent never picks 0 = NOOP, as AtariARI's agent did not);
+``frame`` is the emulator's frame number within the episode.
 """
 from __future__ import annotations
 
@@ -177,30 +178,53 @@ def _png(frame: np.ndarray) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
-def iter_frames(game: str, frames: int, seed: int = 0, grayscale: bool = True) -> Iterator[dict[str, Any]]:
-    """Yield ``frames`` shard samples (see the module docstring) from a seeded random agent."""
+def play_random(
+    game: str, frames: int, seed: int = 0, grayscale: bool = True, noop: bool = True,
+) -> Iterator[tuple[np.ndarray, dict[str, Any], dict[str, Any]]]:
+    """Play ``game`` with a seeded, uniformly random agent for ``frames`` agent steps.
+
+    Yields ``(frame, info, step)`` per frame, the first frame of every game included: ``frame`` the
+    uint8 screen, ``info`` the env's (``ram``, ``lives``, ``frame``: all of the same moment as the
+    screen), ``step`` = ``{"episode", "step", "action", "reward", "terminated", "truncated"}`` with
+    ``episode`` counting whole games and ``action`` the index that led to the frame (-1 after a reset).
+    A game over resets the env (no-ops, FIRE) and the next frame starts the next episode.
+
+    Args:
+        noop: let the agent choose action 0 (NOOP). AtariARI's random agent never did
+            (``randint(1, n)``), so its benchmark data uses ``noop=False``.
+    """
     env = make_atariari_env(game, grayscale=grayscale)
-    name = game_key(resolve_env_id(game))
     rng = np.random.default_rng(seed)
     num_actions = int(env.action_space.n)
+    first_action = 0 if noop else 1
     frame, info = env.reset(seed=seed)
-    episode, step, action, reward, terminated, truncated = 0, 0, -1, 0.0, False, False
+    step = {"episode": 0, "step": 0, "action": -1, "reward": 0.0, "terminated": False, "truncated": False}
     try:
         for _ in range(frames):
-            meta = {
-                "game": name, "episode": episode, "step": step, "action": action, "reward": reward,
-                "terminated": terminated, "truncated": truncated, "lives": info["lives"], "frame": info["frame"],
-            }
-            yield {"__key__": f"ep{episode:06d}_t{step:06d}", "png": _png(frame), "ram": info["ram"].tobytes(), "json": meta}
-            if terminated or truncated:
+            yield frame, info, step
+            if step["terminated"] or step["truncated"]:
                 frame, info = env.reset()
-                episode, step, action, reward, terminated, truncated = episode + 1, 0, -1, 0.0, False, False
+                step = {"episode": step["episode"] + 1, "step": 0, "action": -1, "reward": 0.0,
+                        "terminated": False, "truncated": False}
             else:
-                action = int(rng.integers(num_actions))
+                action = int(rng.integers(first_action, num_actions))
                 frame, reward, terminated, truncated, info = env.step(action)
-                step += 1
+                step = {"episode": step["episode"], "step": step["step"] + 1, "action": action,
+                        "reward": reward, "terminated": terminated, "truncated": truncated}
     finally:
         env.close()
+
+
+def iter_frames(
+    game: str, frames: int, seed: int = 0, grayscale: bool = True, noop: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``frames`` shard samples (see the module docstring) from a seeded random agent
+    (:func:`play_random`; ``noop=False`` never chooses NOOP, as AtariARI's agent)."""
+    name = game_key(resolve_env_id(game))
+    for frame, info, step in play_random(game, frames, seed=seed, grayscale=grayscale, noop=noop):
+        meta = {"game": name, **step, "lives": info["lives"], "frame": info["frame"]}
+        key = f"ep{step['episode']:06d}_t{step['step']:06d}"
+        yield {"__key__": key, "png": _png(frame), "ram": info["ram"].tobytes(), "json": meta}
 
 
 def collect_frames(
@@ -211,6 +235,7 @@ def collect_frames(
     grayscale: bool = True,
     frames_per_shard: int = 10000,
     progress: bool = True,
+    noop: bool = True,
 ) -> dict[str, Any]:
     """Play ``game`` with a seeded uniformly random agent and write ``frames`` frames as shards.
 
@@ -222,6 +247,7 @@ def collect_frames(
         grayscale: store L frames; ``False`` stores RGB.
         frames_per_shard: samples per shard.
         progress: print progress to stderr.
+        noop: the agent may choose NOOP; ``False`` draws from actions 1… only, as AtariARI's agent.
 
     Returns:
         the collect summary (also stored under ``"collect"`` in ``index.json``): ``game``, ``env_id``,
@@ -235,7 +261,7 @@ def collect_frames(
     start = time.perf_counter()
 
     def samples() -> Iterator[dict[str, Any]]:
-        for i, sample in enumerate(iter_frames(env_id, frames, seed=seed, grayscale=grayscale), 1):
+        for i, sample in enumerate(iter_frames(env_id, frames, seed=seed, grayscale=grayscale, noop=noop), 1):
             episodes.add(sample["json"]["episode"])
             if progress and (i % 10000 == 0 or i == frames):
                 rate = i / (time.perf_counter() - start)
@@ -250,6 +276,7 @@ def collect_frames(
         "shards": [Path(p).name for p in paths],
         "env": {"frameskip": 1, "repeat_action_probability": 0.0, "frame_skip": FRAME_SKIP,
                 "max_pool_last": 2, "noop_max": NOOP_MAX, "fire_reset": "when action 1 is FIRE", "screen": [210, 160]},
+        "agent": "uniform over all actions" if noop else "uniform over actions 1.. (never NOOP, as AtariARI)",
     }
     index = read_index(out_dir) or {}
     index["collect"] = summary
