@@ -137,7 +137,7 @@ def _probe(model: VICReg, game: str, seed: int, pretrain_frames: int, probe_fram
     data = collect_probe_frames(game, probe_frames, seed=seed, skip=pretrain_frames)
     trained = model.backbone
     torch.manual_seed(seed)
-    untrained = create_backbone(trained.backbone_name, in_chans=1, **trained.backbone_kwargs)
+    untrained = create_backbone(trained.backbone_name, **trained.backbone_kwargs)  # kwargs include in_chans
     results = {}
     for name, encoder in (("pretrained", trained), ("random", untrained)):
         encoder.encoder_meta = {"method": f"{name} nature_cnn", "in_chans": 1, "input_size": [84, 84],
