@@ -362,5 +362,7 @@ def test_cli_pretrains_on_written_shards_and_on_bad_ones(jpeg_folder, tmp_path):
     proc = _pretrain(bad, tmp_path / "runs_bad", steps=6)  # the whole epoch: 24 samples / 4
     skipped = _metric(tmp_path / "runs_bad" / "vicreg_imagenet", "data/skipped")
     assert len(skipped) == 6 and skipped[-1] == 1 + 4  # the corrupt JPEG + the third to sixth of shard 3
-    assert proc.stderr.count("skipped sample 'cat_img_002' of shard") == 1
-    assert proc.stderr.count("train-000003.tar from position 2") == 1
+    # one warning each in the training epoch; the end-of-fit embedding figure (RunArtifacts) reads
+    # the data once more and reports what it skips again
+    assert 1 <= proc.stderr.count("skipped sample 'cat_img_002' of shard") <= 2
+    assert 1 <= proc.stderr.count("train-000003.tar from position 2") <= 2
