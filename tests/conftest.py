@@ -72,6 +72,27 @@ def atari_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def vicreg_checkpoint(atari_shards, tmp_path_factory):
+    """A real VICReg run: nature_cnn on 84×84 grayscale Pong frames, 2 optimiser steps, checkpointed."""
+    import pytorch_lightning as pl
+
+    from ssl_toolkit.data.datamodule import SSLDataModule
+    from ssl_toolkit.methods import VICReg
+
+    pl.seed_everything(0)
+    data = SSLDataModule(train_path=str(atari_shards), batch_size=8, num_workers=0, preset="atari",
+                         crop_size=[84, 84], image_mode="L", shuffle_buffer=0)
+    model = VICReg(backbone="nature_cnn", backbone_kwargs={"img_size": [84, 84]}, in_chans=data.in_chans,
+                   projector="64-64", monitor_every_n_steps=0)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    ckpt = tmp_path_factory.mktemp("pretrained") / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return model, ckpt
+
+
 @pytest.fixture
 def crash_at():
     """A Lightning callback class that raises at the start of training step ``step`` (a simulated crash)."""
