@@ -16,7 +16,7 @@ import torch
 from ssl_toolkit.cli import main
 from ssl_toolkit.eval.features import extract_features, load_frozen_encoder, weights_sha256
 from ssl_toolkit.eval.linear_probe import fit_logistic, linear_probe, topk_accuracy
-from ssl_toolkit.eval.standard_protocol import lr_at
+from ssl_toolkit.eval.standard_protocol import lr_at, sgd_on_features
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "ssl-toolkit"
@@ -207,3 +207,38 @@ def test_normalisation_follows_the_encoder():
     assert normalisation(gray) == ((0.0,), (1.0,))
     rgb = load_frozen_encoder("random:resnet18")
     assert normalisation(rgb) == (IMAGENET_MEAN, (0.229, 0.224, 0.225))
+
+
+def test_standard_protocol_crops_are_the_eval_view_shifted_or_resized(jpeg_folder):
+    from ssl_toolkit.eval.features import CenterView
+    from ssl_toolkit.eval.standard_protocol import RandomCropFlip
+
+    data = next(iter(sorted(jpeg_folder.glob("cat/*.jpg")))).read_bytes()
+    view = CenterView((32, 32), "RGB")(data)[0]
+    # "center" without flips is exactly the cached probe's view
+    assert torch.equal(RandomCropFlip((32, 32), "RGB", kind="center", flip_p=0.0)(data)[0], view)
+    assert torch.equal(RandomCropFlip((32, 32), "RGB", kind="center", flip_p=1.0)(data)[0], view.flip(-1))
+    # "padded": a 32×32 window of the view zero-padded by 4 on each side
+    padded = torch.nn.functional.pad(view, (4, 4, 4, 4))
+    windows = {(t, l): padded[:, t:t + 32, l:l + 32] for t in range(9) for l in range(9)}
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        out = RandomCropFlip((32, 32), "RGB", kind="padded", flip_p=0.0)(data)[0]
+        matches = [pos for pos, w in windows.items() if torch.equal(out, w)]
+        assert matches, "a padded crop is not a window of the padded view"
+        seen.update(matches)
+    assert len(seen) > 3  # and the shift is random
+    resized = RandomCropFlip((32, 32), "RGB", kind="resized")(data)[0]
+    assert resized.shape == (3, 32, 32) and resized.dtype == torch.uint8
+    with pytest.raises(ValueError, match="--crop must be one of"):
+        RandomCropFlip((32, 32), "RGB", kind="random")
+
+
+def test_sgd_head_on_fixed_features_learns_and_follows_the_schedule():
+    train_x, train_y = blobs(40, 4, 16, spread=0.5, seed=0)
+    val_x, val_y = blobs(20, 4, 16, spread=0.5, seed=1)
+    result = sgd_on_features(train_x, train_y, val_x, val_y, epochs=20, batch_size=32, batchnorm=True)
+    assert result["top1"] == 100.0
+    assert result["steps"] == 20 * 5 and result["lr"] == pytest.approx(0.1 * 32 / 256)
+    assert result["train_loss"] < 0.1

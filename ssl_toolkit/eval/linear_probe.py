@@ -84,28 +84,32 @@ def fit_logistic(
         bias = torch.zeros(num_classes, device=x.device)
     else:
         weight, bias = init[0].clone(), init[1].clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        total = 0.0
+        # the gradient in closed form, (softmax − onehot)ᵀ x / N, rather than through autograd: the
+        # same numbers without building a graph, ~3× faster per evaluation on problems this size
+        grad_w = weight * weight_decay
+        grad_b = torch.zeros_like(bias)
+        total = 0.5 * weight_decay * float(weight.pow(2).sum())
         for start in range(0, n, chunk):
-            logits = F.linear(x[start : start + chunk], weight, bias)
-            loss = F.cross_entropy(logits, y[start : start + chunk], reduction="sum") / n
-            loss.backward()
-            total += float(loss.detach())
-        penalty = 0.5 * weight_decay * weight.pow(2).sum()
-        penalty.backward()
-        return torch.tensor(total + float(penalty.detach()))
+            xs, ys = x[start : start + chunk], y[start : start + chunk]
+            logits = torch.addmm(bias, xs, weight.t())
+            log_norm = torch.logsumexp(logits, dim=1)
+            total += float((log_norm - logits.gather(1, ys.view(-1, 1)).squeeze(1)).sum()) / n
+            residual = torch.exp(logits - log_norm.view(-1, 1))  # softmax, (B, C)
+            residual[torch.arange(len(ys), device=ys.device), ys] -= 1.0
+            grad_w.addmm_(residual.t(), xs, alpha=1.0 / n)
+            grad_b += residual.sum(0) / n
+        weight.grad, bias.grad = grad_w, grad_b
+        return torch.tensor(total)
 
     threads = torch.get_num_threads()
     if n * d * num_classes < SINGLE_THREAD_MACS:
         torch.set_num_threads(1)
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
             optimizer.step(closure)
     finally:
         torch.set_num_threads(threads)

@@ -64,7 +64,8 @@ def _cmd_linear(args: argparse.Namespace) -> int:
         result = standard_linear_eval(
             encoder, args.train, args.val, epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr,
             weight_decay=args.sgd_weight_decay, schedule=args.schedule, crop_size=args.crop_size,
-            batchnorm=bool(args.batchnorm), crop_scale=tuple(args.crop_scale), flip_p=0.0 if args.no_flip else 0.5,
+            batchnorm=bool(args.batchnorm), crop=args.crop, crop_scale=tuple(args.crop_scale),
+            flip_p=0.0 if args.no_flip else 0.5,
             num_workers=args.workers, precision=args.precision, seed=args.seed, progress=not args.quiet,
         )
     else:
@@ -139,6 +140,10 @@ def add_commands(groups: dict) -> None:
     linear.add_argument("--schedule", choices=("cosine", "step"), default="cosine", help="standard: lr schedule")
     linear.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LO", "HI"),
                         help="standard: random resized crop area range (published: 0.08 1)")
+    linear.add_argument("--crop", choices=("resized", "padded", "center"), default="resized",
+                        help="standard: random resized crops (ImageNet protocol), pad-by-1/8-and-crop "
+                             "(small-image protocol, for labels resized crops destroy) or the center view "
+                             "(with --no-flip: no augmentation at all)")
     linear.add_argument("--no-flip", action="store_true", help="standard: no horizontal flips")
     linear.add_argument("--quiet", action="store_true", help="standard: no per-epoch line")
     linear.set_defaults(func=_cmd_linear)
