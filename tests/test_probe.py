@@ -242,3 +242,23 @@ def test_sgd_head_on_fixed_features_learns_and_follows_the_schedule():
     assert result["top1"] == 100.0
     assert result["steps"] == 20 * 5 and result["lr"] == pytest.approx(0.1 * 32 / 256)
     assert result["train_loss"] < 0.1
+
+
+def test_bench_probe_runs_both_protocols_on_real_frames(tmp_path):
+    # the benchmark's plumbing on its real dataset (Space Invaders frames labelled from RAM), one epoch
+    from ssl_toolkit.bench.probe import run_probe_bench
+
+    result = run_probe_bench(work_dir=tmp_path, epochs=1, num_workers=0)
+    data = result["dataset"]
+    assert len(data["classes"]) == 7
+    for split in ("train", "val"):
+        on_disk = len(list((tmp_path / "data" / split).glob("*/*.jpg")))
+        assert sum(data["counts"][split].values()) == data["images"][split] == on_disk
+    assert result["cached"]["features"]["train"]["cached"] is False  # timed from an empty cache
+    assert result["cached_rerun"]["features"]["train"]["cached"] is True
+    assert result["cached_rerun"]["top1"] == result["cached"]["top1"]
+    assert result["standard"]["epochs"] == 1 and result["standard"]["crop"] == "resized"
+    assert result["speedup"] == pytest.approx(result["standard"]["seconds"] / result["cached"]["seconds"])
+    split = result["top1_gap_split"]
+    assert split["solver"] + split["augmentation"] == pytest.approx(result["top1_gap"])
+    assert 100 / 7 < result["cached"]["top1"] <= 100  # above chance on 7 classes
