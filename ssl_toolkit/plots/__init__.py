@@ -1,4 +1,5 @@
-"""Figures written as PNG into run directories (matplotlib, Agg backend: no display needed).
+"""Figures written as PNG into run directories (matplotlib's object API: no display needed, and
+importing this never changes the backend of a notebook or script).
 
 - :mod:`~ssl_toolkit.plots.curves`: loss terms, online-probe accuracy, collapse metrics, learning rate
   from a run's ``metrics.csv``;

@@ -37,10 +37,10 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
+# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 # canonical category → the display name; the first word of any spelling decides which it is
 CATEGORIES = {
@@ -160,8 +160,9 @@ def plot_atariari(result: dict[str, Any] | str | os.PathLike, out_path: str | os
     # our categories set the groups: a published value for a category we did not measure has no partner
     order = [k for k in CATEGORIES if k in ours] + sorted(k for k in ours if k not in CATEGORIES)
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(order) + 2), 4.0))
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=(max(6.0, 1.3 * len(order) + 2), 4.0))
+    ax = fig.subplots()
+    cmap = colormaps.get_cmap("tab10")
     for i, (column, scores) in enumerate(bars.items()):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j, k in enumerate(order) if k in scores]
         ys = [scores[k] for k in order if k in scores]
@@ -180,5 +181,4 @@ def plot_atariari(result: dict[str, Any] | str | os.PathLike, out_path: str | os
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)
     return out_path

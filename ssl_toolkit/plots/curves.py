@@ -21,10 +21,10 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: never needs a display, also inside DataLoader-forking processes
-import matplotlib.pyplot as plt  # noqa: E402
+# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
+# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 Series = list[tuple[int, float]]
 METRICS_NAME = "metrics.csv"
@@ -110,14 +110,14 @@ def _save(fig, out_path: Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)
     return out_path
 
 
 def _grid(n: int, width: float = 4.2, height: float = 3.0):
     cols = min(n, 2) if n <= 4 else 3
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -188,7 +188,8 @@ def plot_lr(metrics: dict[str, Series], out_path: str | os.PathLike, title: str 
     keys = sorted(k for k in metrics if k.startswith("lr-"))
     if not keys:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig = Figure(figsize=(5.5, 3.2))
+    ax = fig.subplots()
     for key in keys:
         _panel(ax, metrics[key], key)
     ax.set_title("learning rate")

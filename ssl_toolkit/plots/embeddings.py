@@ -13,12 +13,12 @@ import inspect
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
+# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+import numpy as np
+import torch
 
 PROJECTIONS = ("pca", "tsne")
 
@@ -78,11 +78,12 @@ def plot_embeddings(
     y = np.full(len(xy), -1) if labels is None else np.asarray(labels).reshape(-1)
     if len(y) != len(xy):
         raise ValueError(f"got {len(y)} labels for {len(xy)} embeddings; pass one label per row")
-    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    fig = Figure(figsize=(5.5, 5.0))
+    ax = fig.subplots()
     classes = sorted(int(c) for c in np.unique(y) if c >= 0)
     if (y < 0).any():
         ax.scatter(xy[y < 0, 0], xy[y < 0, 1], s=8, c="0.6", alpha=0.7, label="no label" if classes else None)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = colormaps.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for i, c in enumerate(classes):
         name = class_names[c] if class_names and c < len(class_names) else str(c)
         ax.scatter(xy[y == c, 0], xy[y == c, 1], s=10, color=cmap(i % cmap.N), alpha=0.8, label=name)
@@ -97,7 +98,6 @@ def plot_embeddings(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)
     return out_path
 
 
