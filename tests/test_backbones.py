@@ -125,3 +125,24 @@ def test_atariari_paper_init_is_orthogonal_with_relu_gain():
                                rtol=0, atol=1e-4)
     default = create_backbone("atariari_cnn", in_chans=1, init="default")
     assert torch.count_nonzero(default.convs[0].bias) > 0
+
+
+def test_nature_cnn_uses_rl_init_and_keeps_the_signal():
+    # CleanRL/SB3's orthogonal √2 init; PyTorch's default shrinks features far below what a probe can use
+    torch.manual_seed(0)
+    frames = torch.rand(16, 1, 84, 84)
+    scale = {}
+    for init in ("orthogonal", "default"):
+        torch.manual_seed(0)
+        model = create_backbone("nature_cnn", in_chans=1, img_size=[84, 84], init=init).eval()
+        with torch.no_grad():
+            scale[init] = float(model(frames).abs().mean())
+        if init == "orthogonal":
+            for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+                w = layer.weight.flatten(1)
+                small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+                torch.testing.assert_close(small, 2.0 * torch.eye(len(small)), rtol=0, atol=1e-4)
+                assert torch.count_nonzero(layer.bias) == 0
+    assert scale["orthogonal"] > 10 * scale["default"]
+    with pytest.raises(ValueError, match="init must be"):
+        create_backbone("nature_cnn", init="xavier")
