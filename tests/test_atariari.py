@@ -240,3 +240,25 @@ def test_cli_errors(args, message):
     proc = run_cli("probe", "atariari", *args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_encoder_trained_at_another_size_is_probed_on_resized_frames(pong):
+    # an RL encoder (84×84): frames are resized for it, and the result states the deviation
+    from ssl_toolkit.backbones import create_backbone
+    from ssl_toolkit.eval.atariari import encode_frames, run_atariari_probe
+
+    torch.manual_seed(0)
+    encoder = create_backbone("nature_cnn", in_chans=1, img_size=[84, 84])
+    encoder.encoder_meta = {"method": "test", "in_chans": 1, "input_size": [84, 84], "mean": [0.0], "std": [1.0]}
+    frames = pong.frames[:4]
+    resized = torch.nn.functional.interpolate(torch.from_numpy(frames).unsqueeze(1).float(), size=(84, 84),
+                                              mode="bilinear", antialias=True) / 255.0
+    with torch.no_grad():
+        expected = encoder.eval()(resized)
+    got = encode_frames(encoder, frames, bf16=False, size=(84, 84))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    result = run_atariari_probe(encoder, "pong", seed=0, data=pong, quiet=True)
+    assert "resized from 210x160 to 84x84" in result["protocol_deviation"]
+    assert 0.0 <= result["score_f1"] <= 1.0
+    assert run_atariari_probe("random:atariari_cnn", "pong", seed=0, data=pong, quiet=True)["protocol_deviation"] is None
