@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["WANDB_MODE"] = "disabled"
+# feature caches and remembered precision choices of this run stay out of the user's ~/.cache
+os.environ["SSL_TOOLKIT_CACHE"] = tempfile.mkdtemp(prefix="ssl_toolkit_test_cache_")
 
 from pathlib import Path  # noqa: E402
 

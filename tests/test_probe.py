@@ -262,3 +262,22 @@ def test_bench_probe_runs_both_protocols_on_real_frames(tmp_path):
     split = result["top1_gap_split"]
     assert split["solver"] + split["augmentation"] == pytest.approx(result["top1_gap"])
     assert 100 / 7 < result["cached"]["top1"] <= 100  # above chance on 7 classes
+
+
+def test_auto_precision_is_decided_once_and_remembered(monkeypatch, tmp_path):
+    from ssl_toolkit.eval import features
+
+    monkeypatch.setenv("SSL_TOOLKIT_CACHE", str(tmp_path))
+    encoder = load_frozen_encoder("random:resnet18", seed=0).eval()
+    x = torch.rand(4, 3, 32, 32)
+    first = features.pick_precision(encoder, x, "auto")
+    choices = json.loads(features.precision_choices_file().read_text())
+    (entry,) = choices.values()
+    assert entry["bf16"] == first == (entry["seconds_bf16"] < entry["seconds_fp32"])
+    # the next call reads the remembered choice instead of racing again, even if the race would differ
+    entry["bf16"] = not first
+    features.precision_choices_file().write_text(json.dumps({next(iter(choices)): entry}))
+    assert features.pick_precision(encoder, x, "auto") is (not first)
+    assert features.pick_precision(encoder, x, "fp32") is False and features.pick_precision(encoder, x, "bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        features.pick_precision(encoder, x, "fp16")
