@@ -131,10 +131,9 @@ def run_probe_bench(
     standard_batch_size: int = 256,
 ) -> dict[str, Any]:
     """Build (or reuse) the dataset, run both protocols on it with one encoder, return the comparison."""
-    from ssl_toolkit.eval.features import load_frozen_encoder
+    from ssl_toolkit.eval.features import extract_splits, load_frozen_encoder
     from ssl_toolkit.eval.knn import knn_eval
     from ssl_toolkit.eval.linear_probe import cached_linear_eval
-    from ssl_toolkit.eval.features import extract_splits
     from ssl_toolkit.eval.standard_protocol import sgd_on_features, standard_linear_eval
 
     work = Path(work_dir)

@@ -160,7 +160,7 @@ def sgd_on_features(
     start = time.perf_counter()
     num_classes = num_classes or int(max(train_y.max(), val_y.max())) + 1
 
-    def epoch_batches(epoch: int):
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for i in range(0, len(order), batch_size):
             yield train_x[order[i : i + batch_size]], train_y[order[i : i + batch_size]]
