@@ -106,7 +106,7 @@ def run_demo(
           f" {'fell' if last < first else 'did NOT fall'}")
     summary.update(_export(model, out))
     if probe_frames > 0:
-        summary["atariari"] = _probe(model, game, seed, collect["frames"], probe_frames)
+        summary["atariari"] = _probe(model, game, seed, collect["frames"], probe_frames, out)
     if ppo_steps > 0:
         summary["ppo"] = _ppo_smoke(summary["encoder"], game, seed, ppo_steps, out)
     summary["seconds_total"] = round(time.perf_counter() - t_start, 1)
@@ -125,10 +125,15 @@ def _export(model: VICReg, out: Path) -> dict:
     return {"encoder": str(path.resolve())}
 
 
-def _probe(model: VICReg, game: str, seed: int, pretrain_frames: int, probe_frames: int) -> dict:
+def _probe(model: VICReg, game: str, seed: int, pretrain_frames: int, probe_frames: int, out: Path) -> dict:
     """AtariARI on the pretrained backbone and on the same architecture untrained, on the frames
     that follow the pre-training ones in the same seeded stream (test frames equal to any
-    pre-training frame are dropped)."""
+    pre-training frame are dropped). Each result is kept as ``out/atariari_<name>.json``, with its
+    per-category bars beside the paper's columns in ``out/plots/atariari_<name>.png``."""
+    import json
+
+    from ssl_toolkit.plots import plot_atariari
+
     from ssl_toolkit.backbones import create_backbone
     from ssl_toolkit.eval.atariari import collect_probe_frames, format_table, run_atariari_probe
 
@@ -144,6 +149,9 @@ def _probe(model: VICReg, game: str, seed: int, pretrain_frames: int, probe_fram
                                 "mean": [0.0], "std": [1.0]}
         results[name] = run_atariari_probe(encoder, game, seed=seed, data=data, quiet=True,
                                            pretrain_frames=pretrain_frames)
+    for name, result in results.items():
+        (out / f"atariari_{name}.json").write_text(json.dumps(result, indent=1, default=float))
+        plot_atariari(result, out / "plots" / f"atariari_{name}.png", title=f"AtariARI {game}: {name} encoder")
     print(format_table(results["pretrained"]))
     paper = results["pretrained"]["published"]["f1"]
     columns = "  ".join(f"{c} {v:.2f}" for c, v in paper.items())

@@ -107,6 +107,10 @@ def test_demo_end_to_end_small(tmp_path):
         assert "84x84" in summary["atariari"][name]["protocol_deviation"]  # stated, not hidden
     assert Path(summary["ppo"]["agent"]).exists()
     assert (out / "plots" / "loss.png").exists()
+    for name in ("pretrained", "random"):  # the AtariARI bars beside the paper's columns
+        assert (out / "plots" / f"atariari_{name}.png").stat().st_size > 1000
+        saved = json.loads((out / f"atariari_{name}.json").read_text())
+        assert saved["score_f1"] == summary["atariari"][name]["score_f1"]
 
 
 def test_bench_step_writes_json(tmp_path):
