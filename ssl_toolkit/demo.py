@@ -132,10 +132,9 @@ def _probe(model: VICReg, game: str, seed: int, pretrain_frames: int, probe_fram
     per-category bars beside the paper's columns in ``out/plots/atariari_<name>.png``."""
     import json
 
-    from ssl_toolkit.plots import plot_atariari
-
     from ssl_toolkit.backbones import create_backbone
     from ssl_toolkit.eval.atariari import collect_probe_frames, format_table, run_atariari_probe
+    from ssl_toolkit.plots import plot_atariari
 
     print(f"[demo] AtariARI probe: {probe_frames} frames after the {pretrain_frames} pre-training frames "
           "(the paper uses 50k; fewer frames here, so expect lower and noisier scores)")

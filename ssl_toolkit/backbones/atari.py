@@ -108,8 +108,8 @@ class NatureCNN(_AtariCNN):
 
     ``init="orthogonal"`` (default) is how RL code builds this network (CleanRL's ``layer_init``,
     SB3's ``ortho_init``): orthogonal weights with gain √2, zero biases. PyTorch's own init
-    (``init="default"``) shrinks the signal at every layer: on frames in [0, 1] its features come out
-    ~45× smaller (mean |x| ≈ 0.007 against 0.3), too small for an untrained baseline to be probed.
+    (``init="default"``) shrinks the signal at every layer: on uniform [0, 0.5] frames its features
+    come out ~23× smaller (mean |x| 0.007 against 0.16), too small for an untrained baseline to be probed.
     """
 
     def __init__(self, in_chans: int = 4, num_classes: int = 0, img_size: ImgSize = 84,

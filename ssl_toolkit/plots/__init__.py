@@ -1,5 +1,6 @@
-"""Figures written as PNG into run directories (matplotlib's object API: no display needed, and
-importing this never changes the backend of a notebook or script).
+"""Figures written as PNG into run directories, drawn through matplotlib's object API (``Figure``),
+never pyplot: importing this never switches the backend of a notebook or script, no figure registry
+leaks, and no display is needed (also in DataLoader-forked processes).
 
 - :mod:`~ssl_toolkit.plots.curves`: loss terms, online-probe accuracy, collapse metrics, learning rate
   from a run's ``metrics.csv``;

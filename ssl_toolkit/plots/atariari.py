@@ -37,8 +37,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
-# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
+# matplotlib's object API, never pyplot (see the package docstring)
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 

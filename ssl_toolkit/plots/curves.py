@@ -21,9 +21,7 @@ import math
 import os
 from pathlib import Path
 
-# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
-# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
-from matplotlib import colormaps
+# matplotlib's object API, never pyplot (see the package docstring)
 from matplotlib.figure import Figure
 
 Series = list[tuple[int, float]]

@@ -13,12 +13,11 @@ import inspect
 import os
 from pathlib import Path
 
-# figures through matplotlib's object API, never pyplot: no global backend switch (a notebook keeps its
-# inline display), no figure registry to leak, no display needed in DataLoader-forked processes
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 import numpy as np
 import torch
+# matplotlib's object API, never pyplot (see the package docstring)
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 PROJECTIONS = ("pca", "tsne")
 
